@@ -1,0 +1,146 @@
+/**
+ * The command line as values (@effect/cli). It defines; main.ts runs and chooses layers.
+ *
+ *   op-secret-manager [fetch] [--tags T1,T2] [--untagged] [--serialize] [-v|--verbose] [--json]
+ *                     [--api-key-path P] [--map-file-path P] [--secrets-dir D]
+ *   op-secret-manager --cleanup [same options]   (also: op-secret-manager cleanup ...)
+ */
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as Config from "effect/Config"
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as LogLevel from "effect/LogLevel"
+import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
+import { defaultApiKeyPath, defaultMapFilePath } from "./buildInfo.ts"
+import { describeFailure, type Failure } from "./exitCodes.ts"
+import { cleanupSecrets } from "./programs/cleanup.ts"
+import { fetchSecrets } from "./programs/fetch.ts"
+import type { RunRequest } from "./programs/prepare.ts"
+import { humanLines, type RunReport } from "./programs/report.ts"
+import { parseTags } from "./services/Mapfile.ts"
+import type { ElevatedReadRequest } from "./services/Privileges.ts"
+
+/** An empty value counts as unset, as in the original tool. */
+const nonEmpty = (option: Options.Options<Option.Option<string>>) =>
+  Options.map(option, Option.filter((value) => value.length > 0))
+
+const shared = {
+  tags: Options.text("tags").pipe(
+    Options.withDescription("Only entries with one of these comma-separated tags (env: OP_TAGS)"),
+    Options.withFallbackConfig(Config.string("OP_TAGS")),
+    Options.optional,
+    nonEmpty
+  ),
+  untagged: Options.boolean("untagged").pipe(
+    Options.withDescription("Only untagged entries; with --tags, untagged entries too (env: OP_UNTAGGED=true)"),
+    Options.withFallbackConfig(Config.boolean("OP_UNTAGGED").pipe(Config.withDefault(false)))
+  ),
+  serialize: Options.boolean("serialize").pipe(
+    Options.withDescription("Wait for other runs of the same user (flock on op-secret-manager.lock beside the secrets directory)")
+  ),
+  lockTimeout: Options.integer("lock-timeout").pipe(
+    Options.withDescription("With --serialize: seconds to wait for the lock before giving up with exit 75"),
+    Options.withDefault(300)
+  ),
+  verbose: Options.boolean("verbose").pipe(
+    Options.withAlias("v"),
+    Options.withDescription("Explain each step on stderr (never secret values)")
+  ),
+  json: Options.boolean("json").pipe(
+    Options.withDescription("Print one JSON document describing what was done (no values)")
+  ),
+  apiKeyPath: Options.text("api-key-path").pipe(
+    Options.withDescription(`Credential file (env: OP_API_KEY_PATH; default ${defaultApiKeyPath}); refused when set-user-ID`),
+    Options.withFallbackConfig(Config.string("OP_API_KEY_PATH")),
+    Options.optional,
+    nonEmpty
+  ),
+  mapFilePath: Options.text("map-file-path").pipe(
+    Options.withDescription(`Mapfile (env: OP_MAP_FILE_PATH; default ${defaultMapFilePath}); refused when set-user-ID`),
+    Options.withFallbackConfig(Config.string("OP_MAP_FILE_PATH")),
+    Options.optional,
+    nonEmpty
+  ),
+  secretsDir: Options.directory("secrets-dir", { exists: "either" }).pipe(
+    Options.withDescription("Base directory for relative mapfile paths (default /run/user/<uid>/secrets)"),
+    Options.optional,
+    nonEmpty
+  )
+}
+
+export type SharedOptions = Command.Command.ParseConfig<typeof shared>
+
+export type Mode = "fetch" | "cleanup"
+
+/** What the elevated phase must read for this invocation (main.ts builds the layers from it). */
+export const elevatedReadRequest = (options: SharedOptions, mode: Mode): ElevatedReadRequest => ({
+  apiKeyPath: Option.map(options.apiKeyPath, (path) => ({ path, source: "--api-key-path / OP_API_KEY_PATH" })),
+  mapFilePath: Option.map(options.mapFilePath, (path) => ({ path, source: "--map-file-path / OP_MAP_FILE_PATH" })),
+  readCredential: mode === "fetch"
+})
+
+const runRequest = (options: SharedOptions): RunRequest => ({
+  filter: { tags: Option.match(options.tags, { onNone: () => [], onSome: parseTags }), untagged: options.untagged },
+  secretsDir: options.secretsDir,
+  serialize: options.serialize,
+  lockTimeout: Duration.seconds(Math.max(0, options.lockTimeout))
+})
+
+const failedFiles = (failure: Failure) =>
+  failure._tag === "ReferencesUnresolved"
+    ? failure.failures.map(({ reference, reason }) => ({ reference, status: "failed", reason }))
+    : []
+
+const present = (report: RunReport, options: SharedOptions) =>
+  options.json
+    ? Console.log(JSON.stringify({ ok: true, ...report }))
+    : Effect.forEach(humanLines(report, options.verbose), (line) => Console.log(line), { discard: true })
+
+const run = (mode: Mode, options: SharedOptions) =>
+  Effect.suspend(() => mode === "fetch" ? fetchSecrets(runRequest(options)) : cleanupSecrets(runRequest(options))).pipe(
+    Effect.flatMap((report) => present(report, options)),
+    Effect.tapError((failure) =>
+      options.json
+        ? Console.log(JSON.stringify({
+          ok: false,
+          command: mode,
+          error: describeFailure(failure),
+          files: failedFiles(failure)
+        }))
+        : Effect.void
+    ),
+    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
+  )
+
+export const rootCommand = Command.make(
+  "op-secret-manager",
+  {
+    ...shared,
+    cleanup: Options.boolean("cleanup").pipe(Options.withDescription("Remove the selected secret files instead of writing them"))
+  },
+  (options) => run(options.cleanup ? "cleanup" : "fetch", options)
+).pipe(Command.withDescription("Write the caller's 1Password secrets as files under /run/user/<uid>/secrets"))
+
+export const fetchCommand = Command.make("fetch", shared, (options) => run("fetch", options)).pipe(
+  Command.withDescription("Write the caller's selected secrets (the default)")
+)
+
+export const cleanupCommand = Command.make("cleanup", shared, (options) => run("cleanup", options)).pipe(
+  Command.withDescription("Remove the caller's selected secret files")
+)
+
+/** The original tool used Go's flag package, which also accepts `-cleanup`, `-tags=x` and so on. */
+const GO_STYLE_FLAGS = new Set(["cleanup", "tags", "untagged", "verbose", "version", "api-key-path", "map-file-path", "serialize", "json", "secrets-dir", "help"])
+
+export const normalizeArgs = (argv: ReadonlyArray<string>): Array<string> => {
+  const [runtime = "node", script = "op-secret-manager", ...rest] = argv
+  const end = rest.indexOf("--")
+  return [runtime, script, ...rest.map((arg, i) => {
+    if ((end !== -1 && i > end) || !/^-[a-z]/.test(arg)) return arg
+    const name = arg.slice(1).split("=")[0] ?? ""
+    return GO_STYLE_FLAGS.has(name) ? `-${arg}` : arg
+  })]
+}

@@ -1,0 +1,95 @@
+/**
+ * Composition root: environment policy, the command line, the live layers, the exit code.
+ * The only module that chooses live layers.
+ */
+import * as Command from "@effect/cli/Command"
+import * as ValidationError from "@effect/cli/ValidationError"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import { version } from "./buildInfo.ts"
+import { cleanupCommand, elevatedReadRequest, fetchCommand, type Mode, normalizeArgs, rootCommand, type SharedOptions } from "./cli.ts"
+import { describeFailure, EX, type Failure } from "./exitCodes.ts"
+import { ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive } from "./services/Privileges.ts"
+import { SecretProviderLive } from "./services/SecretProvider.ts"
+import { SecretWriterLive } from "./services/SecretWriter.ts"
+import { UserLockLive } from "./services/UserLock.ts"
+
+/** Built strictly in dependency order: read (elevated) -> drop -> everything that needs the drop. */
+const liveLayers = (options: SharedOptions, mode: Mode) =>
+  Layer.mergeAll(SecretProviderLive, SecretWriterLive, UserLockLive).pipe(
+    Layer.provideMerge(UnprivilegedLive),
+    Layer.provideMerge(ElevatedReadLive(elevatedReadRequest(options, mode)))
+  )
+
+const command = rootCommand.pipe(
+  Command.provide((options) => liveLayers(options, options.cleanup ? "cleanup" : "fetch")),
+  Command.withSubcommands([
+    fetchCommand.pipe(Command.provide((options) => liveLayers(options, "fetch"))),
+    cleanupCommand.pipe(Command.provide((options) => liveLayers(options, "cleanup")))
+  ])
+)
+
+const cli = Command.run(command, { name: "op-secret-manager", version })
+
+const lineLogger = Logger.make(({ logLevel, message }) => {
+  const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+  const level = logLevel._tag === "Info" ? "" : `${logLevel.label.toLowerCase()}: `
+  process.stderr.write(`op-secret-manager: ${level}${text}\n`)
+})
+
+const fail = (code: number, message: string) =>
+  Effect.sync(() => {
+    process.stderr.write(`op-secret-manager: error: ${message}\n`)
+    return code
+  })
+
+const args = normalizeArgs(process.argv)
+
+/** `--version` alone answers before the command line is built: the original tool's exact line. */
+const printVersion = Effect.sync(() => process.stdout.write(`op-secret-manager ${version}\n`))
+
+const main = enforceElevatedEnvironment.pipe(
+  Effect.zipRight(args.length === 3 && args[2] === "--version" ? printVersion : cli(args)),
+  Effect.as(EX.OK),
+  Effect.catchAll((error: unknown) => {
+    // @effect/cli has already printed the problem and the usage.
+    if (ValidationError.isValidationError(error)) return Effect.succeed<number>(EX.USAGE)
+    if (isFailure(error)) {
+      const { code, message } = describeFailure(error)
+      return fail(code, message)
+    }
+    return fail(EX.SOFTWARE, "internal error")
+  }),
+  Effect.provide(NodeContext.layer),
+  Effect.provide(Logger.replace(Logger.defaultLogger, lineLogger))
+)
+
+const FAILURE_TAGS = new Set<string>([
+  "ProtectedFileMissing", "UnsafeProtectedFile", "UnrecognisedCredential", "RootRuleViolated", "OverrideRefused",
+  "UnsafeEnvironment", "DropFailed", "UnknownCaller", "MapfileError", "CallerNotInMapfile", "ReferencesUnresolved",
+  "BackendUnavailable", "RateLimited", "InvalidToken", "InvalidVaultFile", "OutputError", "LockTimeout", "LockUnavailable"
+])
+const isFailure = (error: unknown): error is Failure =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && FAILURE_TAGS.has(error._tag)
+
+// SIGINT/SIGTERM interrupt the run (runMain); the exit code says which one arrived.
+let signalCode: number | undefined
+process.once("SIGINT", () => (signalCode ??= 130))
+process.once("SIGTERM", () => (signalCode ??= 143))
+
+NodeRuntime.runMain(main, {
+  disableErrorReporting: true,
+  disablePrettyLogger: true,
+  teardown: (exit, onExit) => {
+    if (Exit.isSuccess(exit)) return onExit(signalCode ?? (typeof exit.value === "number" ? exit.value : EX.SOFTWARE))
+    if (Cause.isInterruptedOnly(exit.cause)) return onExit(signalCode ?? 130)
+    // A defect: its details may hold anything, so only -v callers' logs would see them; say little.
+    process.stderr.write("op-secret-manager: error: internal error\n")
+    onExit(EX.SOFTWARE)
+  }
+})
