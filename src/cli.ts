@@ -11,6 +11,7 @@ import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
@@ -21,7 +22,10 @@ import { fetchSecrets } from "./programs/fetch.ts"
 import type { RunRequest } from "./programs/prepare.ts"
 import { humanLines, type RunReport } from "./programs/report.ts"
 import { parseTags } from "./services/Mapfile.ts"
-import type { ElevatedReadRequest } from "./services/Privileges.ts"
+import type { ElevatedRead, ElevatedReadRequest, UnprivilegedCaller } from "./services/Privileges.ts"
+import type { SecretProvider } from "./services/SecretProvider.ts"
+import type { SecretWriter } from "./services/SecretWriter.ts"
+import type { UserLock } from "./services/UserLock.ts"
 
 /** An empty value counts as unset, as in the original tool. */
 const nonEmpty = (option: Options.Options<Option.Option<string>>) =>
@@ -99,9 +103,15 @@ const present = (report: RunReport, options: SharedOptions) =>
     ? Console.log(JSON.stringify({ ok: true, ...report }))
     : Effect.forEach(humanLines(report, options.verbose), (line) => Console.log(line), { discard: true })
 
-const run = (mode: Mode, options: SharedOptions) =>
+/** Everything fetch and cleanup run against; main.ts decides how it is built. */
+export type RunServices = ElevatedRead | UnprivilegedCaller | SecretProvider | SecretWriter | UserLock
+
+export type ChooseLayers = (options: SharedOptions, mode: Mode) => Layer.Layer<RunServices, Failure>
+
+const run = (mode: Mode, options: SharedOptions, layers: ChooseLayers) =>
   Effect.suspend(() => mode === "fetch" ? fetchSecrets(runRequest(options)) : cleanupSecrets(runRequest(options))).pipe(
     Effect.flatMap((report) => present(report, options)),
+    Effect.provide(layers(options, mode)),
     Effect.tapError((failure) =>
       options.json
         ? Console.log(JSON.stringify({
@@ -115,22 +125,29 @@ const run = (mode: Mode, options: SharedOptions) =>
     Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
   )
 
-export const rootCommand = Command.make(
-  "op-secret-manager",
-  {
-    ...shared,
-    cleanup: Options.boolean("cleanup").pipe(Options.withDescription("Remove the selected secret files instead of writing them"))
-  },
-  (options) => run(options.cleanup ? "cleanup" : "fetch", options)
-).pipe(Command.withDescription("Write the caller's 1Password secrets as files under /run/user/<uid>/secrets"))
-
-export const fetchCommand = Command.make("fetch", shared, (options) => run("fetch", options)).pipe(
-  Command.withDescription("Write the caller's selected secrets (the default)")
-)
-
-export const cleanupCommand = Command.make("cleanup", shared, (options) => run("cleanup", options)).pipe(
-  Command.withDescription("Remove the caller's selected secret files")
-)
+/**
+ * The command tree. Layers are chosen per invocation from the parsed options (the elevated read
+ * depends on them), by the caller: main.ts is the only place that picks live layers.
+ */
+export const makeCommand = (layers: ChooseLayers) =>
+  Command.make(
+    "op-secret-manager",
+    {
+      ...shared,
+      cleanup: Options.boolean("cleanup").pipe(Options.withDescription("Remove the selected secret files instead of writing them"))
+    },
+    (options) => run(options.cleanup ? "cleanup" : "fetch", options, layers)
+  ).pipe(
+    Command.withDescription("Write the caller's 1Password secrets as files under /run/user/<uid>/secrets"),
+    Command.withSubcommands([
+      Command.make("fetch", shared, (options) => run("fetch", options, layers)).pipe(
+        Command.withDescription("Write the caller's selected secrets (the default)")
+      ),
+      Command.make("cleanup", shared, (options) => run("cleanup", options, layers)).pipe(
+        Command.withDescription("Remove the caller's selected secret files")
+      )
+    ])
+  )
 
 /** The original tool used Go's flag package, which also accepts `-cleanup`, `-tags=x` and so on. */
 const GO_STYLE_FLAGS = new Set(["cleanup", "tags", "untagged", "verbose", "version", "api-key-path", "map-file-path", "serialize", "json", "secrets-dir", "help"])

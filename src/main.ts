@@ -12,7 +12,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import { version } from "./buildInfo.ts"
-import { cleanupCommand, elevatedReadRequest, fetchCommand, type Mode, normalizeArgs, rootCommand, type SharedOptions } from "./cli.ts"
+import { elevatedReadRequest, makeCommand, type Mode, normalizeArgs, type SharedOptions } from "./cli.ts"
 import { describeFailure, EX, type Failure } from "./exitCodes.ts"
 import { ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive } from "./services/Privileges.ts"
 import { SecretProviderLive } from "./services/SecretProvider.ts"
@@ -26,19 +26,11 @@ const liveLayers = (options: SharedOptions, mode: Mode) =>
     Layer.provideMerge(ElevatedReadLive(elevatedReadRequest(options, mode)))
   )
 
-const command = rootCommand.pipe(
-  Command.provide((options) => liveLayers(options, options.cleanup ? "cleanup" : "fetch")),
-  Command.withSubcommands([
-    fetchCommand.pipe(Command.provide((options) => liveLayers(options, "fetch"))),
-    cleanupCommand.pipe(Command.provide((options) => liveLayers(options, "cleanup")))
-  ])
-)
-
-const cli = Command.run(command, { name: "op-secret-manager", version })
+const cli = Command.run(makeCommand(liveLayers), { name: "op-secret-manager", version })
 
 const lineLogger = Logger.make(({ logLevel, message }) => {
   const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
-  const level = logLevel._tag === "Info" ? "" : `${logLevel.label.toLowerCase()}: `
+  const level = logLevel._tag === "Info" ? "" : logLevel._tag === "Warning" ? "warning: " : `${logLevel.label.toLowerCase()}: `
   process.stderr.write(`op-secret-manager: ${level}${text}\n`)
 })
 
