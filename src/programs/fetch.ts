@@ -3,7 +3,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import { SecretProvider } from "../services/SecretProvider.ts"
+import { ReferencesUnresolved, SecretProvider } from "../services/SecretProvider.ts"
 import { SecretWriter } from "../services/SecretWriter.ts"
 import { prepareRun, type RunRequest } from "./prepare.ts"
 import type { RunReport } from "./report.ts"
@@ -18,9 +18,15 @@ export const fetchSecrets = (request: RunRequest) =>
     const provider = yield* SecretProvider
     const writer = yield* SecretWriter
     const secrets = yield* provider.resolveAll(plan.references)
+    // A provider must answer every reference; one that does not gets no file written at all.
+    const missing = plan.references.filter((reference) => !secrets.has(reference))
+    if (missing.length > 0) {
+      return yield* Effect.fail(new ReferencesUnresolved({
+        failures: missing.map((reference) => ({ reference, reason: "the backend returned no value" }))
+      }))
+    }
     const outcomes = yield* writer.commit(plan.entries.map((entry) => ({
       path: entry.target,
-      // resolveAll fails unless every reference resolved, so each lookup succeeds.
       content: secrets.get(entry.reference) ?? Redacted.make("")
     })))
     const report: RunReport = {
