@@ -68,7 +68,9 @@ const shared = {
     Options.optional,
     nonEmpty
   ),
-  secretsDir: Options.directory("secrets-dir", { exists: "either" }).pipe(
+  // Plain text, not Options.directory: that would stat the path while parsing, still elevated.
+  // The directory is resolved and used only after the drop, as the caller.
+  secretsDir: Options.text("secrets-dir").pipe(
     Options.withDescription("Base directory for relative mapfile paths (default /run/user/<uid>/secrets)"),
     Options.optional,
     nonEmpty

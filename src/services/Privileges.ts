@@ -426,12 +426,6 @@ const dropPrivileges = Effect.try({
       ? Effect.fail(result.endsWith("has no user name") ? new UnknownCaller({ uid: process.getuid?.() ?? -1 }) : new DropFailed({ reason: result }))
       : Effect.succeed(result)
   ),
-  Effect.tap(({ drop }) =>
-    Effect.logDebug(
-      `privileges: uid ${drop.from.uid}->${drop.to.uid} gid ${drop.from.gid}->${drop.to.gid}; ` +
-        `${drop.threads} threads verified; regain: ${drop.regain}; dumpable: ${drop.dumpable ? 1 : 0}; core limit: ${drop.coreLimit}`
-    )
-  ),
   Effect.map(({ caller, drop }) => UnprivilegedCaller[mint](caller, drop))
 )
 

@@ -120,12 +120,12 @@ describe.skipIf(process.getuid?.() !== 0)("set-user-ID run (as root, through set
       ].join("\n") + "\n"
       writeOwned(join(etc, "mapfile"), mapfile, 0, svc.gid, 0o640)
 
-      // 0711, not 0700: the service account must be able to stat an existing --secrets-dir while
-      // the command line is parsed (see the known-bug test below). The secrets dirs stay 0700.
+      // 0700: the service account cannot even search a caller's home; nothing of the caller's is
+      // touched before the drop (see the --secrets-dir test below).
       mkdirSync(join(tmp, "home"), { mode: 0o755 })
       for (const user of [alice, bob, carol]) {
-        mkdirSync(home(user), { mode: 0o711 })
-        chmodSync(home(user), 0o711)
+        mkdirSync(home(user), { mode: 0o700 })
+        chmodSync(home(user), 0o700)
         chownSync(home(user), user.uid, user.gid)
       }
 
@@ -169,17 +169,16 @@ describe.skipIf(process.getuid?.() !== 0)("set-user-ID run (as root, through set
     for (const file of filesUnder(secretsOf(alice))) expect(readFileSync(file, "utf8")).not.toContain(secret.bob)
   }, TEST_TIMEOUT)
 
-  // KNOWN BUG (src/cli.ts): --secrets-dir is an Options.directory, so @effect/cli stat()s it while
-  // parsing, still elevated. An existing directory the service account cannot search gives EACCES,
-  // which @effect/cli turns into a defect: exit 70 "internal error". Remove `.fails` once fixed.
-  it.fails("fetches again into an existing --secrets-dir that the service account cannot search", () => {
+  // Regression: --secrets-dir was once stat()ed by the option parser while still elevated, so an
+  // existing directory the service account cannot search failed with EACCES (exit 70).
+  it("fetches again into an existing --secrets-dir that the service account cannot search", () => {
     const privateDir = join(tmp, "private")
     mkdirSync(privateDir, { mode: 0o700 })
     chownSync(privateDir, alice.uid, alice.gid)
     const args = ["--secrets-dir", join(privateDir, "secrets")]
     expect(runAs(alice, args).status).toBe(0) // absent: nothing to stat, works
     const again = runAs(alice, args)
-    expect(again.status, again.stderr).toBe(0) // today: 70, "internal error"
+    expect(again.status, again.stderr).toBe(0)
   }, TEST_TIMEOUT)
 
   it("writes under /run/user/<uid>/secrets when no --secrets-dir is given", () => {
