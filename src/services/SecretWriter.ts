@@ -166,6 +166,13 @@ const checkTrustedDirectory = (fsx: WriterFs, dir: string) => {
   }
 }
 
+/** The deepest part of `dir` that exists (at worst "/"). */
+const existingAncestor = (fsx: WriterFs, dir: string): string => {
+  let current = dir
+  while (fsx.lstat(current) === undefined && posix.dirname(current) !== current) current = posix.dirname(current)
+  return current
+}
+
 /** Creates the missing directories of `dir` (mode 0700) and returns those it created, outermost first. */
 const ensureDirectory = (fsx: WriterFs, dir: string): Array<string> => {
   const missing: Array<string> = []
@@ -189,7 +196,14 @@ const ensureDirectory = (fsx: WriterFs, dir: string): Array<string> => {
     try {
       fsx.mkdir(path, DIR_MODE)
       created.push(path)
-      fsx.chmod(path, DIR_MODE)
+      // The mode is set through a descriptor of the directory just made (O_NOFOLLOW): a path-based
+      // chmod would follow whatever stands at that name by then.
+      const fd = fsx.open(path, DIR_OPEN_FLAGS, 0)
+      try {
+        fsx.fchmod(fd, DIR_MODE)
+      } finally {
+        fsx.close(fd)
+      }
     } catch (error) {
       if (codeOf(error) === "EEXIST" && created.length === 0 && fsx.lstat(path)?.isDirectory()) continue
       removeDirectories(fsx, created)
@@ -217,6 +231,7 @@ const removeDirectories = (fsx: WriterFs, created: ReadonlyArray<string>) => {
   }
 }
 
+const DIR_OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW
 const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK
 const STAGE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW
 
@@ -328,6 +343,9 @@ export const commitFiles = (fsx: WriterFs, caller: Caller, files: ReadonlyArray<
   const outcomes: Array<FileOutcome> = []
   try {
     for (const dir of dirs) {
+      // For root, judge the directories that exist before creating anything below them: a new
+      // directory inside a trusted one is root's own, so nobody else can swap it afterwards.
+      if (caller.uid === 0) checkTrustedDirectory(fsx, existingAncestor(fsx, dir))
       createdDirs.push(...ensureDirectory(fsx, dir))
       if (caller.uid === 0) checkTrustedDirectory(fsx, dir)
       removeLeftovers(fsx, dir, caller.uid)
