@@ -86,8 +86,13 @@ const describe = (failure: Failure): Described => {
       return { code: EX.CONFIG, message: `the service account token in ${failure.path} was rejected: ${failure.reason}` }
     case "InvalidVaultFile":
       return { code: EX.CONFIG, message: `vault file ${failure.path} ${failure.reason}` }
-    case "OutputError":
-      return { code: EX.CANTCREAT, message: `${failure.path}: ${failure.reason}; every target was left as it was` }
+    case "OutputError": {
+      // The usual cause under /run/user: the user has no session, so systemd never made the directory.
+      const hint = /^\/run\/user(\/\d+)?$/.test(failure.path) && failure.reason.startsWith("cannot create directory")
+        ? "; the user has no /run/user directory (run: loginctl enable-linger <user>)"
+        : ""
+      return { code: EX.CANTCREAT, message: `${failure.path}: ${failure.reason}${hint}; every target was left as it was` }
+    }
     case "LockTimeout":
       return { code: EX.TEMPFAIL, message: `gave up waiting for ${failure.path} after ${Duration.format(failure.waited)}; another run holds it` }
     case "LockUnavailable":

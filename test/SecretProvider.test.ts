@@ -4,7 +4,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { type Credential, ElevatedReadTest, UnprivilegedTest } from "../src/services/Privileges.ts"
-import { SecretProvider, SecretProviderLive } from "../src/services/SecretProvider.ts"
+import { SecretProvider, SecretProviderLive, sdkFailure } from "../src/services/SecretProvider.ts"
 
 const providerWith = (credential: Credential) =>
   SecretProviderLive.pipe(
@@ -70,4 +70,17 @@ describe("1Password service account backend (the real SDK, no network)", () => {
       expect(error._tag).toBe("InvalidToken")
       expect(JSON.stringify(error)).not.toContain(token)
     }).pipe(Effect.provide(providerWith(serviceAccount(`ops_${Buffer.from(JSON.stringify({ signInAddress: "my.1password.com" })).toString("base64")}`)))), 60_000)
+})
+
+describe("1Password SDK failures", () => {
+  const token = Redacted.make("ops_SECRET-TOKEN-PART")
+
+  it("maps the SDK's own error classes and a network failure to their exit classes, never echoing the token", async () => {
+    const sdk = await import("@1password/sdk")
+    const rateLimited = sdkFailure("/api", token, new sdk.RateLimitExceededError("rate limit exceeded"))
+    const expired = sdkFailure("/api", token, new sdk.AuthExpiredError("auth expired"))
+    const network = sdkFailure("/api", token, new TypeError("fetch failed: ops_SECRET-TOKEN-PART rejected"))
+    expect([rateLimited._tag, expired._tag, network._tag]).toEqual(["RateLimited", "InvalidToken", "BackendUnavailable"])
+    expect(JSON.stringify([rateLimited, expired, network])).not.toContain("SECRET-TOKEN-PART")
+  })
 })

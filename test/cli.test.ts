@@ -175,16 +175,16 @@ describe("exit codes", () => {
     expect(result.stderr + result.stdout).not.toContain("SECRETPART")
   })
 
-  it("143 on SIGTERM while waiting, with nothing written", async () => {
+  it.each([["SIGTERM", 143], ["SIGINT", 130]] as const)("%s while waiting exits %i, with nothing written", async (signal, expected) => {
     mkdirSync(config.secrets)
     const holder = spawn("flock", [join(dir.path, "op-secret-manager.lock"), "sleep", "30"], { stdio: "ignore" })
     try {
       await new Promise((resolve) => setTimeout(resolve, 300))
       const child = spawn(process.execPath, [bundle, ...config.args, "--serialize"], { stdio: "ignore" })
       await new Promise((resolve) => setTimeout(resolve, 1500))
-      child.kill("SIGTERM")
+      child.kill(signal)
       const code = await new Promise((resolve) => child.on("exit", (status) => resolve(status)))
-      expect(code).toBe(143)
+      expect(code).toBe(expected)
       expect(filesUnder(config.secrets)).toEqual([])
     } finally {
       holder.kill()

@@ -109,7 +109,8 @@ export const sdkTimeout = Duration.seconds(60)
 
 const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error))
 
-const sdkFailure = (path: string, token: Redacted.Redacted<string>, error: unknown): SecretProviderError => {
+/** Classifies an SDK failure; exported for tests. */
+export const sdkFailure = (path: string, token: Redacted.Redacted<string>, error: unknown): SecretProviderError => {
   const name = error instanceof Error ? error.constructor.name : ""
   // Never let the token reach a message, whatever the SDK puts in its errors.
   const reason = messageOf(error).split(Redacted.value(token)).join("<token>")

@@ -199,6 +199,15 @@ describe.skipIf(process.getuid?.() !== 0)("set-user-ID run (as root, through set
     expect(statSync(target).uid).toBe(alice.uid)
   }, TEST_TIMEOUT)
 
+  it("says how to fix a missing /run/user/<uid> (exit 73)", () => {
+    const runDir = join("/run/user", String(bob.uid))
+    if (existsSync(runDir)) return expect.fail(`${runDir} exists; this test needs a user without a session`)
+    const result = runAs(bob, [])
+    expect(result.status).toBe(73)
+    expect(result.stderr).toContain(`${runDir}: cannot create directory (EACCES); the user has no /run/user directory (run: loginctl enable-linger <user>)`)
+    expect(existsSync(runDir)).toBe(false)
+  }, TEST_TIMEOUT)
+
   it("refuses path overrides while elevated (exit 77) and writes nothing", () => {
     const ownMapfile = join(home(alice), "mapfile")
     writeOwned(ownMapfile, `${alice.name} ${ref.bob} stolen\n`, alice.uid, alice.gid, 0o644)
