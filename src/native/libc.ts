@@ -4,9 +4,12 @@
  * id stays at the service account, so the "drop" could be undone).
  *
  * koffi's JS wrapper locates its addon with dynamic requires that a bundler cannot follow, so the
- * addon is loaded directly: beside the bundle in a build, from the package in development.
+ * addon is loaded directly: embedded in the single executable, beside the bundle in a build, from
+ * the package in development.
  */
+import * as fs from "node:fs"
 import { createRequire } from "node:module"
+import * as sea from "node:sea"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type * as Koffi from "koffi"
@@ -43,6 +46,39 @@ const PR_SET_DUMPABLE = 4
 const PR_GET_DUMPABLE = 3
 const RLIMIT_CORE = 4
 
+const O_TMPFILE = 0o20000000 | fs.constants.O_DIRECTORY
+
+/**
+ * In the single executable the addon is an embedded asset. It must not be loaded from any path a
+ * non-root user could write, so it goes into an anonymous O_TMPFILE inode (no name, gone on close)
+ * and is opened through /proc/self/fd/N. Directories mounted noexec refuse the mapping, so a few
+ * candidates are tried.
+ */
+const loadEmbedded = (module: { exports: unknown }) => {
+  const raw = sea.getRawAsset("koffi.node")
+  const bytes = typeof raw === "string" ? Buffer.from(raw, "latin1") : new Uint8Array(raw)
+  const failures: Array<string> = []
+  for (const dir of ["/dev/shm", "/tmp", "/var/tmp", "/run"]) {
+    let fd: number
+    try {
+      fd = fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o700)
+    } catch (error) {
+      failures.push(`${dir}: ${String(error)}`)
+      continue
+    }
+    try {
+      for (let offset = 0; offset < bytes.length;) offset += fs.writeSync(fd, bytes, offset)
+      process.dlopen(module, `/proc/self/fd/${fd}`)
+      return
+    } catch (error) {
+      failures.push(`${dir}: ${String(error)}`)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+  throw new Error(`cannot load the embedded native addon (${failures.join("; ")})`)
+}
+
 const addonPath = (): string =>
   typeof __OSM_BUNDLED__ !== "undefined" && __OSM_BUNDLED__
     ? join(dirname(fileURLToPath(import.meta.url)), "koffi.node")
@@ -50,7 +86,8 @@ const addonPath = (): string =>
 
 const loadKoffi = (): typeof Koffi => {
   const module: { exports: unknown } = { exports: {} }
-  process.dlopen(module, addonPath())
+  if (sea.isSea()) loadEmbedded(module)
+  else process.dlopen(module, addonPath())
   // FFI boundary: the addon's exports are exactly what koffi's own typings describe.
   return module.exports as typeof Koffi
 }
