@@ -69,6 +69,10 @@ const FAILURE_TAGS = new Set<string>([
 const isFailure = (error: unknown): error is Failure =>
   typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && FAILURE_TAGS.has(error._tag)
 
+// A caller's RLIMIT_FSIZE must make a write fail with EFBIG (the writer then rolls back), not kill
+// the process in the middle of staging.
+process.on("SIGXFSZ", () => {})
+
 // SIGINT/SIGTERM interrupt the run (runMain); the exit code says which one arrived.
 let signalCode: number | undefined
 process.once("SIGINT", () => (signalCode ??= 130))

@@ -24,7 +24,8 @@ export const prepareRun = (request: RunRequest) =>
     const { caller, drop } = yield* Unprivileged
     yield* Effect.logDebug(
       `privileges: uid ${drop.from.uid}->${drop.to.uid} gid ${drop.from.gid}->${drop.to.gid}; ` +
-        `${drop.threads} threads verified; regain: ${drop.regain}; dumpable: ${drop.dumpable ? 1 : 0}; core limit: ${drop.coreLimit}`
+        `${drop.threads} threads verified; regain: ${drop.regain}; async open: ${drop.asyncOpen}; ` +
+        `dumpable: ${drop.dumpable ? 1 : 0}; core limit: ${drop.coreLimit}`
     )
     const secretsDir = Option.match(request.secretsDir, {
       onNone: () => defaultSecretsDir(caller.uid),

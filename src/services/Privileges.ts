@@ -338,6 +338,8 @@ export interface DropReport {
   readonly to: { readonly uid: number; readonly gid: number }
   readonly threads: number
   readonly regain: "EPERM" | "not applicable"
+  /** An async open (thread pool, or io_uring) of a protected file after the drop. */
+  readonly asyncOpen: "EACCES" | "not applicable"
   readonly dumpable: boolean
   readonly coreLimit: bigint
 }
@@ -416,7 +418,15 @@ const dropPrivileges = Effect.try({
     }
     return {
       caller: { uid, gid, user },
-      drop: { from: { uid: before.euid, gid: before.egid }, to: { uid, gid }, threads: threads.length, regain, dumpable, coreLimit }
+      drop: {
+        from: { uid: before.euid, gid: before.egid },
+        to: { uid, gid },
+        threads: threads.length,
+        regain,
+        asyncOpen: "not applicable",
+        dumpable,
+        coreLimit
+      }
     }
   },
   catch: (error) => new DropFailed({ reason: error instanceof Error ? error.message : String(error) })
@@ -433,8 +443,31 @@ const dropPrivileges = Effect.try({
  * The drop as a layer. It requires ElevatedRead only to order it: the drop happens after every
  * protected file has been read and closed.
  */
-export const UnprivilegedLive: Layer.Layer<UnprivilegedCaller, DropFailed | UnknownCaller, ElevatedRead> =
-  Layer.effect(Unprivileged, Effect.zipRight(ElevatedRead, dropPrivileges))
+export const UnprivilegedLive: Layer.Layer<UnprivilegedCaller, DropFailed | UnknownCaller, ElevatedRead> = Layer.effect(
+  Unprivileged,
+  Effect.gen(function*() {
+    const read = yield* ElevatedRead
+    const witness = yield* dropPrivileges
+    // The thread pool runs async fs calls (and io_uring would keep the ring creator's credentials):
+    // prove that they too now fail on the credential, a file only the service account may read.
+    // Cleanup reads no credential, holds no secret and needs no network: nothing to prove there.
+    if (witness.drop.regain !== "EPERM" || Option.isNone(read.credential)) return witness
+    const protectedPath = read.credential.value.path
+    const code = yield* Effect.promise(() =>
+      fs.promises.open(protectedPath, "r").then(
+        async (handle) => {
+          await handle.close()
+          return "opened"
+        },
+        (error: unknown) => errnoCode(error)
+      )
+    )
+    if (code !== "EACCES") {
+      return yield* Effect.fail(new DropFailed({ reason: `an async open of ${protectedPath} gave ${code} after the drop, not EACCES` }))
+    }
+    return UnprivilegedCaller[mint](witness.caller, { ...witness.drop, asyncOpen: "EACCES" })
+  })
+)
 
 /** For service tests: a witness for a caller, without any syscall. */
 export const UnprivilegedTest = (caller: Caller): Layer.Layer<UnprivilegedCaller> =>
@@ -445,6 +478,7 @@ export const UnprivilegedTest = (caller: Caller): Layer.Layer<UnprivilegedCaller
       to: { uid: caller.uid, gid: caller.gid },
       threads: 1,
       regain: "not applicable",
+      asyncOpen: "not applicable",
       dumpable: false,
       coreLimit: 0n
     })

@@ -228,19 +228,19 @@ describe.skipIf(process.getuid?.() !== 0)("set-user-ID run (as root, through set
     }
   }, TEST_TIMEOUT)
 
-  it("proves the drop: ids moved to the caller, the service account cannot be regained, not dumpable", () => {
+  it("proves the drop: ids moved to the caller, the service account cannot be regained, the thread pool cannot read the token, not dumpable", () => {
     const result = fetchAs(alice, "-v")
     expect(result.status).toBe(0)
     const line = result.stderr.match(
-      /privileges: uid (\d+)->(\d+) gid (\d+)->(\d+); (\d+) threads verified; regain: (\S+); dumpable: (\d); core limit: (\d+)/
+      /privileges: uid (\d+)->(\d+) gid (\d+)->(\d+); (\d+) threads verified; regain: (\S+); async open: (\S+); dumpable: (\d); core limit: (\d+)/
     )
     expect(line, result.stderr).not.toBeNull()
-    const [, fromUid, toUid, fromGid, toGid, threads, regain, dumpable, core] = line ?? []
+    const [, fromUid, toUid, fromGid, toGid, threads, regain, asyncOpen, dumpable, core] = line ?? []
     expect({ fromUid, toUid, fromGid, toGid }).toEqual({
       fromUid: String(svc.uid), toUid: String(alice.uid), fromGid: String(svc.gid), toGid: String(alice.gid)
     })
     expect(Number(threads)).toBeGreaterThan(0)
-    expect({ regain, dumpable, core }).toEqual({ regain: "EPERM", dumpable: "0", core: "0" })
+    expect({ regain, asyncOpen, dumpable, core }).toEqual({ regain: "EPERM", asyncOpen: "EACCES", dumpable: "0", core: "0" })
   }, TEST_TIMEOUT)
 
   it("refuses to run elevated with variables that Node or libuv read behind its back (exit 77)", () => {
