@@ -6,8 +6,21 @@ import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..")
-/** Built by `npm test` (npm run build) before vitest starts. */
+/** Built by `npm test` (npm run build, npm run build:sea) before vitest starts. */
 export const bundle = join(repoRoot, "dist/op-secret-manager.js")
+export const executable = join(repoRoot, "dist/op-secret-manager")
+
+/** The two builds that must behave the same: the bundle on the machine's Node, the single executable. */
+export interface Target {
+  readonly name: string
+  readonly command: string
+  readonly prefix: ReadonlyArray<string>
+}
+
+export const targets: ReadonlyArray<Target> = [
+  { name: "bundle", command: process.execPath, prefix: [bundle] },
+  { name: "single executable", command: executable, prefix: [] }
+]
 
 export const tempDir = (prefix = "osm-test-"): { path: string; [Symbol.dispose]: () => void } => {
   const path = mkdtempSync(join(tmpdir(), prefix))
@@ -44,8 +57,14 @@ export interface RunResult {
   readonly stderr: string
 }
 
-export const runCli = (args: ReadonlyArray<string>, options: { env?: NodeJS.ProcessEnv; cwd?: string; timeout?: number } = {}): RunResult => {
-  const result = spawnSync(process.execPath, [bundle, ...args], {
+export interface RunOptions {
+  readonly env?: NodeJS.ProcessEnv
+  readonly cwd?: string
+  readonly timeout?: number
+}
+
+export const runCli = (args: ReadonlyArray<string>, options: RunOptions = {}, target: Target = targets[0]!): RunResult => {
+  const result = spawnSync(target.command, [...target.prefix, ...args], {
     encoding: "utf8",
     env: options.env ?? { PATH: process.env.PATH ?? "/usr/bin:/bin" },
     cwd: options.cwd ?? repoRoot,
