@@ -28,7 +28,7 @@ const defines = (sysconfdir) => {
 }
 
 const common = {
-  entryPoints: [join(root, "src/main.ts")],
+  entryPoints: [join(root, "src/bin.ts")],
   bundle: true,
   platform: "node",
   legalComments: "none",

@@ -42,11 +42,8 @@ const fail = (code: number, message: string) =>
 
 const args = normalizeArgs(process.argv)
 
-/** `--version` alone answers before the command line is built: the original tool's exact line. */
-const printVersion = Effect.sync(() => process.stdout.write(`op-secret-manager ${version}\n`))
-
 const main = enforceElevatedEnvironment.pipe(
-  Effect.zipRight(args.length === 3 && args[2] === "--version" ? printVersion : cli(args)),
+  Effect.zipRight(cli(args)),
   Effect.as(EX.OK),
   Effect.catchAll((error: unknown) => {
     // @effect/cli has already printed the problem and the usage.
