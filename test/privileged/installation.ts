@@ -139,6 +139,11 @@ export class Installation {
     return ["--reuid", String(caller.uid), "--regid", String(caller.gid), "--clear-groups", "--", this.bin, ...args]
   }
 
+  /** The full command line that runs the installed executable as `caller` (for the benchmark). */
+  commandFor(caller: Account, args: ReadonlyArray<string>): { argv: Array<string>; env: Record<string, string>; cwd: string } {
+    return { argv: [SETPRIV, ...this.argv(caller, args)], env: { PATH: "/usr/bin:/bin" }, cwd: this.tmp }
+  }
+
   /** Runs the installed executable as `caller`, with only PATH (and `env`) in the environment. */
   run(caller: Account, args: ReadonlyArray<string>, options: RunOptions = {}): Result {
     const result = spawnSync(SETPRIV, this.argv(caller, args), {
