@@ -209,6 +209,16 @@ describe.each(targets)("$name", (target) => {
       expect(runCli([...config.args, "--cleanup"]).status).toBe(0)
     })
 
+    it("never loads the 1Password SDK, which fetch with a token does", () => {
+      writeFileSync(config.api, "ops_not-a-token\n", { mode: 0o600 })
+      const cleanup = runCli([...config.args, "--cleanup", "-v"])
+      expect(cleanup.status).toBe(0)
+      expect(cleanup.stderr).not.toContain("loading the 1Password SDK")
+      const fetch = runCli([...config.args, "-v"], { timeout: 60_000 })
+      expect(fetch.status).toBe(78)
+      expect(fetch.stderr).toContain("loading the 1Password SDK")
+    })
+
     it("needs no credential file at all", () => {
       expect(runCli(config.args).status).toBe(0)
       const result = runCli(["--cleanup", "--map-file-path", config.mapfile, "--api-key-path", join(dir.path, "absent"), "--secrets-dir", config.secrets])

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Duration from "effect/Duration"
+import * as FastCheck from "effect/FastCheck"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -152,4 +153,27 @@ describe("cleanupSecrets", () => {
       expect(w.calls).toEqual([])
     }).pipe(Effect.provide(w.layer))
   })
+})
+
+describe("one backend call per run", () => {
+  it.prop(
+    "resolves any number of entries in exactly one resolveAll, each reference once",
+    [FastCheck.array(FastCheck.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 300 })],
+    ([picks]) => {
+      const references = picks.map((n) => `op://V/item ${n}/password`)
+      const text = references.map((ref, i) => `alice "${ref}" file-${i}`).join("\n")
+      const secrets = Object.fromEntries(references.map((ref) => [ref, `value of ${ref}`]))
+      const calls: Array<ReadonlyArray<string>> = []
+      const layer = Layer.mergeAll(
+        ElevatedReadTest({ mapfile: { path: "/m", bytes: new TextEncoder().encode(text), owner: 0, mode: 0o640 }, credential: Option.none(), elevated: true }),
+        UnprivilegedTest({ uid: 1000, gid: 1000, user: "alice" }),
+        SecretProviderTest(secrets, calls),
+        SecretWriterTest(),
+        UserLockTest()
+      )
+      Effect.runSync(fetchSecrets(request()).pipe(Effect.provide(layer)))
+      expect(calls).toEqual([[...new Set(references)]])
+    },
+    { fastCheck: { numRuns: 50 } }
+  )
 })

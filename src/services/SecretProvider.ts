@@ -124,7 +124,7 @@ export const sdkFailure = (path: string, token: Redacted.Redacted<string>, error
 const serviceAccountProvider = (path: string, token: Redacted.Redacted<string>) =>
   SecretProvider.of({
     resolveAll: (references) =>
-      Effect.tryPromise({
+      Effect.logDebug("loading the 1Password SDK").pipe(Effect.zipRight(Effect.tryPromise({
         try: async () => {
           // Loaded here, after the drop and only when a secret is needed: 14 MB of WASM.
           const sdk = await import("@1password/sdk")
@@ -136,7 +136,7 @@ const serviceAccountProvider = (path: string, token: Redacted.Redacted<string>) 
           return client.secrets.resolveAll([...new Set(references)])
         },
         catch: (error) => sdkFailure(path, token, error)
-      }).pipe(
+      }))).pipe(
         Effect.timeoutFail({
           duration: sdkTimeout,
           onTimeout: () => new BackendUnavailable({ reason: `1Password did not answer within ${Duration.format(sdkTimeout)}` })
