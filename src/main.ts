@@ -14,6 +14,7 @@ import * as Logger from "effect/Logger"
 import { version } from "./buildInfo.ts"
 import { elevatedReadRequest, makeCommand, type Mode, normalizeArgs, type SharedOptions } from "./cli.ts"
 import { describeFailure, EX, type Failure } from "./exitCodes.ts"
+import { libc } from "./native/libc.ts"
 import { ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive } from "./services/Privileges.ts"
 import { SecretProviderLive } from "./services/SecretProvider.ts"
 import { SecretWriterLive } from "./services/SecretWriter.ts"
@@ -50,6 +51,9 @@ const main = enforceElevatedEnvironment.pipe(
     if (ValidationError.isValidationError(error)) return Effect.succeed<number>(EX.USAGE)
     if (isFailure(error)) {
       const { code, message } = describeFailure(error)
+      // Node acts on some refused variables at exit (NODE_V8_COVERAGE writes coverage files, as the
+      // service account, wherever the caller pointed it): leave without running exit hooks.
+      if (error._tag === "UnsafeEnvironment") return fail(code, message).pipe(Effect.map((code) => libc().exitImmediately(code)))
       return fail(code, message)
     }
     return fail(EX.SOFTWARE, "internal error")

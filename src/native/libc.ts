@@ -34,6 +34,8 @@ export interface Libc {
   readonly coreDumpLimit: () => bigint
   /** flock(2); returns errno or 0. */
   readonly flock: (fd: number, operation: number) => number
+  /** _exit(2): ends the process without Node's exit hooks (which may write files). */
+  readonly exitImmediately: (code: number) => never
 }
 
 export const LOCK_EX = 2
@@ -104,6 +106,7 @@ const bind = (): Libc => {
   const setrlimit = libc.func("setrlimit", "int", ["int", koffi.pointer(rlimit)])
   const getrlimit = libc.func("getrlimit", "int", ["int", koffi.out(koffi.pointer(rlimit))])
   const flock = libc.func("int flock(int fd, int operation)")
+  const exit = libc.func("void _exit(int status)")
 
   const errnoOf = (result: number): number => (result === 0 ? 0 : koffi.errno())
   const ids = (call: (r: Array<number>, e: Array<number>, s: Array<number>) => number): Ids => {
@@ -124,7 +127,11 @@ const bind = (): Libc => {
       if (getrlimit(RLIMIT_CORE, out) !== 0) throw new Error(`getrlimit failed with errno ${koffi.errno()}`)
       return BigInt(out.cur ?? -1)
     },
-    flock: (fd, operation) => errnoOf(flock(fd, operation))
+    flock: (fd, operation) => errnoOf(flock(fd, operation)),
+    exitImmediately: (code) => {
+      exit(code)
+      throw new Error("_exit returned")
+    }
   }
 }
 

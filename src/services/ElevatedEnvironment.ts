@@ -2,6 +2,7 @@
  * Which process is elevated, and what its environment may hold. Plain functions with no Effect
  * imports, so that the entry point can apply them before loading anything else.
  */
+
 export interface ProcessIds {
   readonly ruid: number
   readonly euid: number
@@ -48,12 +49,20 @@ const ALLOWED_WHEN_ELEVATED = new Set([
   "OP_MAP_FILE_PATH" // likewise
 ])
 
-/** The first variable that forbids an elevated run, if any (`hasChannel`: Node opened an IPC channel). */
+/**
+ * The first variable that forbids an elevated run, if any. Node consumes two of them before any of
+ * our code runs, so their effects are checked too: an IPC channel (NODE_CHANNEL_FD) and cluster
+ * worker mode (NODE_UNIQUE_ID, which Node deletes from the environment once it has acted on it).
+ */
 export const refusedVariable = (env: NodeJS.ProcessEnv, hasChannel: boolean): string | undefined => {
   for (const name of Object.keys(env)) {
     if (REFUSED_WHEN_ELEVATED.includes(name) || name.startsWith("ICU_")) return name
   }
-  return hasChannel ? "NODE_CHANNEL_FD" : undefined
+  if (hasChannel) return "NODE_CHANNEL_FD"
+  // Loaded only here (an elevated run): the cluster module is not free to load.
+  const cluster: unknown = process.getBuiltinModule("node:cluster")
+  const isWorker = typeof cluster === "object" && cluster !== null && "isWorker" in cluster && cluster.isWorker === true
+  return isWorker ? "NODE_UNIQUE_ID" : undefined
 }
 
 /** Removes every variable that is not on the allowlist (LC_* included). */

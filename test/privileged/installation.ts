@@ -174,7 +174,7 @@ export class Installation {
     return { status: result.status, signal: result.signal, stdout: result.stdout ?? "", stderr: result.stderr ?? "" }
   }
 
-  /** Every path under `tmp` owned by the service account (only etc/api and etc/vault.json may be). */
+  /** Every path under `tmp` owned by the service account: only bin/op-secret-manager, etc/api and etc/vault.json may be. */
   filesOwnedBySvc(): Array<string> {
     const out = spawnSync("find", [this.tmp, "-user", String(this.svc.uid)], { encoding: "utf8" }).stdout
     return out.split("\n").filter((line) => line.length > 0).sort()
