@@ -6,6 +6,11 @@
 import { version } from "./buildInfo.ts"
 import { isElevated, refusedVariable } from "./services/ElevatedEnvironment.ts"
 
+// Output is best effort: a closed or read-only stdout/stderr (a set-user-ID exec puts a read-only
+// /dev/null on closed descriptors) or a closed pipe must not turn a finished run into a crash.
+process.stdout.on("error", () => {})
+process.stderr.on("error", () => {})
+
 const args = process.argv.slice(2)
 const versionOnly = args.length === 1 && (args[0] === "--version" || args[0] === "-version")
 // An environment that an elevated run must refuse goes to main.ts, which says why (exit 77).

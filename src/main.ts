@@ -83,7 +83,13 @@ NodeRuntime.runMain(main, {
   disableErrorReporting: true,
   disablePrettyLogger: true,
   teardown: (exit, onExit) => {
-    if (Exit.isSuccess(exit)) return onExit(signalCode ?? (typeof exit.value === "number" ? exit.value : EX.SOFTWARE))
+    // A signal that arrived during synchronous work (the commit) has not been dispatched yet: let
+    // the event loop poll once (between two check phases), so that a run stopped by SIGTERM says
+    // so even if it completed.
+    if (Exit.isSuccess(exit)) {
+      const code = typeof exit.value === "number" ? exit.value : EX.SOFTWARE
+      return void setImmediate(() => setImmediate(() => onExit(signalCode ?? code)))
+    }
     if (Cause.isInterruptedOnly(exit.cause)) return onExit(signalCode ?? 130)
     // A defect: its details may hold anything, so only -v callers' logs would see them; say little.
     process.stderr.write("op-secret-manager: error: internal error\n")

@@ -205,7 +205,8 @@ const ensureDirectory = (fsx: WriterFs, dir: string): Array<string> => {
         fsx.close(fd)
       }
     } catch (error) {
-      if (codeOf(error) === "EEXIST" && created.length === 0 && fsx.lstat(path)?.isDirectory()) continue
+      // A concurrent run of the same user made it first: that is the directory we wanted.
+      if (codeOf(error) === "EEXIST" && fsx.lstat(path)?.isDirectory()) continue
       removeDirectories(fsx, created)
       throw stop(path, "cannot create directory", error)
     }
