@@ -94,7 +94,7 @@ export const buildSea = async ({ sysconfdir = "/etc/op-secret-manager", outdir =
     main,
     output: blob,
     disableExperimentalSEAWarning: true,
-    useCodeCache: false,
+    useSnapshot: true,
     // SIGUSR1 would open an unauthenticated inspector; NODE_OPTIONS must not reach a set-user-ID process.
     execArgv: ["--disable-sigusr1"],
     execArgvExtension: "none",

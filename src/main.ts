@@ -4,8 +4,10 @@
  */
 import * as Command from "@effect/cli/Command"
 import * as ValidationError from "@effect/cli/ValidationError"
-import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import * as NodePath from "@effect/platform-node/NodePath"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as NodeTerminal from "@effect/platform-node/NodeTerminal"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -41,9 +43,7 @@ const fail = (code: number, message: string) =>
     return code
   })
 
-const args = normalizeArgs(process.argv)
-
-const main = enforceElevatedEnvironment.pipe(
+const main = (args: ReadonlyArray<string>) => enforceElevatedEnvironment.pipe(
   Effect.zipRight(cli(args)),
   Effect.as(EX.OK),
   Effect.catchAll((error: unknown) => {
@@ -58,7 +58,8 @@ const main = enforceElevatedEnvironment.pipe(
     }
     return fail(EX.SOFTWARE, "internal error")
   }),
-  Effect.provide(NodeContext.layer),
+  // What @effect/cli needs, and no more: NodeContext would also load child_process and workers.
+  Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer, NodeTerminal.layer)),
   Effect.provide(Logger.replace(Logger.defaultLogger, lineLogger))
 )
 
@@ -70,29 +71,35 @@ const FAILURE_TAGS = new Set<string>([
 const isFailure = (error: unknown): error is Failure =>
   typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && FAILURE_TAGS.has(error._tag)
 
-// A caller's RLIMIT_FSIZE must make a write fail with EFBIG (the writer then rolls back), not kill
-// the process in the middle of staging.
-process.on("SIGXFSZ", () => {})
+/**
+ * Runs the command line of this process. Nothing above has side effects, so the single
+ * executable can evaluate this module into its start-up snapshot at build time.
+ */
+export const run = (): void => {
+  // A caller's RLIMIT_FSIZE must make a write fail with EFBIG (the writer then rolls back), not
+  // kill the process in the middle of staging.
+  process.on("SIGXFSZ", () => {})
 
-// SIGINT/SIGTERM interrupt the run (runMain); the exit code says which one arrived.
-let signalCode: number | undefined
-process.once("SIGINT", () => (signalCode ??= 130))
-process.once("SIGTERM", () => (signalCode ??= 143))
+  // SIGINT/SIGTERM interrupt the run (runMain); the exit code says which one arrived.
+  let signalCode: number | undefined
+  process.once("SIGINT", () => (signalCode ??= 130))
+  process.once("SIGTERM", () => (signalCode ??= 143))
 
-NodeRuntime.runMain(main, {
-  disableErrorReporting: true,
-  disablePrettyLogger: true,
-  teardown: (exit, onExit) => {
-    // A signal that arrived during synchronous work (the commit) has not been dispatched yet: let
-    // the event loop poll once (between two check phases), so that a run stopped by SIGTERM says
-    // so even if it completed.
-    if (Exit.isSuccess(exit)) {
-      const code = typeof exit.value === "number" ? exit.value : EX.SOFTWARE
-      return void setImmediate(() => setImmediate(() => onExit(signalCode ?? code)))
+  NodeRuntime.runMain(main(normalizeArgs(process.argv)), {
+    disableErrorReporting: true,
+    disablePrettyLogger: true,
+    teardown: (exit, onExit) => {
+      // A signal that arrived during synchronous work (the commit) has not been dispatched yet:
+      // let the event loop poll once (between two check phases), so that a run stopped by SIGTERM
+      // says so even if it completed.
+      if (Exit.isSuccess(exit)) {
+        const code = typeof exit.value === "number" ? exit.value : EX.SOFTWARE
+        return void setImmediate(() => setImmediate(() => onExit(signalCode ?? code)))
+      }
+      if (Cause.isInterruptedOnly(exit.cause)) return onExit(signalCode ?? 130)
+      // A defect: its details may hold anything; say little.
+      process.stderr.write("op-secret-manager: error: internal error\n")
+      onExit(EX.SOFTWARE)
     }
-    if (Cause.isInterruptedOnly(exit.cause)) return onExit(signalCode ?? 130)
-    // A defect: its details may hold anything, so only -v callers' logs would see them; say little.
-    process.stderr.write("op-secret-manager: error: internal error\n")
-    onExit(EX.SOFTWARE)
-  }
-})
+  })
+}

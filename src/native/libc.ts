@@ -9,7 +9,6 @@
  */
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
-import * as sea from "node:sea"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type * as Koffi from "koffi"
@@ -57,7 +56,7 @@ const O_TMPFILE = 0o20000000 | fs.constants.O_DIRECTORY
  * candidates are tried.
  */
 const loadEmbedded = (module: { exports: unknown }) => {
-  const raw = sea.getRawAsset("koffi.node")
+  const raw = process.getBuiltinModule("node:sea").getRawAsset("koffi.node")
   const bytes = typeof raw === "string" ? Buffer.from(raw, "latin1") : new Uint8Array(raw)
   const failures: Array<string> = []
   for (const dir of ["/dev/shm", "/tmp", "/var/tmp", "/run"]) {
@@ -88,7 +87,8 @@ const addonPath = (): string =>
 
 const loadKoffi = (): typeof Koffi => {
   const module: { exports: unknown } = { exports: {} }
-  if (sea.isSea()) loadEmbedded(module)
+  // node:sea is looked up at run time: the executable's start-up snapshot must not hold it.
+  if (process.getBuiltinModule("node:sea").isSea()) loadEmbedded(module)
   else process.dlopen(module, addonPath())
   // FFI boundary: the addon's exports are exactly what koffi's own typings describe.
   return module.exports as typeof Koffi
