@@ -40,7 +40,13 @@ const splitFields = (text: string): Fields => {
     if (text[i] === "\"") {
       let value = ""
       i++
-      for (;;) {
+      // Fast path: a closing quote with no backslash before it ends the field.
+      const close = text.indexOf("\"", i)
+      const backslash = text.indexOf("\\", i)
+      if (close !== -1 && (backslash === -1 || backslash > close)) {
+        value = text.slice(i, close)
+        i = close
+      } else for (;;) {
         const c = text[i]
         if (c === undefined) return { fields, error: "unterminated quoted field" }
         if (c === "\"") break
@@ -72,10 +78,16 @@ export const parseTags = (field: string): ReadonlyArray<string> => [
   ...new Set(field.split(",").map((tag) => tag.trim()).filter((tag) => tag.length > 0))
 ]
 
+const BLANKS = /[ \t]+/
+
 const parseLine = (text: string, line: number): MapEntry | MalformedLine | undefined => {
-  const trimmed = text.replace(/^[ \t]+/, "")
-  if (trimmed.length === 0 || trimmed.startsWith("#")) return undefined
-  const split = splitFields(text)
+  let start = 0
+  while (isBlank(text[start])) start++
+  if (start === text.length || text[start] === "#") return undefined
+  // Most lines hold no quote: a native split is much faster than the tokenizer (10,000-line files).
+  const split: Fields = text.includes("\"")
+    ? splitFields(text)
+    : { fields: text.slice(start).split(BLANKS).filter((field) => field.length > 0) }
   const user = split.fields[0]
   if ("error" in split) return { line, user, reason: split.error }
   const [, reference, path, tags] = split.fields
