@@ -17,7 +17,10 @@ import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import { defaultApiKeyPath, defaultMapFilePath } from "./buildInfo.ts"
 import { describeFailure, type Failure } from "./exitCodes.ts"
+import { checkLines, checkMapfile, MapfileCheckFailed } from "./programs/check.ts"
 import { cleanupSecrets } from "./programs/cleanup.ts"
+import { DoctorFailed, doctorLines, runDoctor } from "./programs/doctor.ts"
+import { install, installLines } from "./programs/install.ts"
 import { fetchSecrets } from "./programs/fetch.ts"
 import type { RunRequest } from "./programs/prepare.ts"
 import { humanLines, type RunReport } from "./programs/report.ts"
@@ -55,6 +58,10 @@ const shared = {
   ),
   json: Options.boolean("json").pipe(
     Options.withDescription("Print one JSON document describing what was done (no values)")
+  ),
+  quiet: Options.boolean("quiet").pipe(
+    Options.withAlias("q"),
+    Options.withDescription("Print only warnings and errors (for scripts)")
   ),
   apiKeyPath: Options.text("api-key-path").pipe(
     Options.withDescription(`Credential file (env: OP_API_KEY_PATH; default ${defaultApiKeyPath}); refused when set-user-ID`),
@@ -103,12 +110,28 @@ const failedFiles = (failure: Failure) =>
 const present = (report: RunReport, options: SharedOptions) =>
   options.json
     ? Console.log(JSON.stringify({ ok: true, ...report }))
+    : options.quiet
+    ? Effect.void
     : Effect.forEach(humanLines(report, options.verbose), (line) => Console.log(line), { discard: true })
 
 /** Everything fetch and cleanup run against; main.ts decides how it is built. */
 export type RunServices = ElevatedRead | UnprivilegedCaller | SecretProvider | SecretWriter | UserLock
 
 export type ChooseLayers = (options: SharedOptions, mode: Mode) => Layer.Layer<RunServices, Failure>
+
+/** How main.ts builds each command's services: the only place that picks live layers. */
+export interface LiveLayers {
+  readonly run: ChooseLayers
+  /** check: the mapfile read (the given path, or the installed one), then the drop. */
+  readonly check: (mapFilePath: Option.Option<string>) => Layer.Layer<ElevatedRead | UnprivilegedCaller, Failure>
+  /** doctor and install read nothing elevated: only the drop. */
+  readonly unprivileged: Layer.Layer<UnprivilegedCaller, Failure>
+}
+
+const withLogLevel = (options: { readonly verbose?: boolean; readonly quiet?: boolean }) =>
+  Logger.withMinimumLogLevel(options.verbose === true ? LogLevel.Debug : options.quiet === true ? LogLevel.Warning : LogLevel.Info)
+
+const printLines = (lines: ReadonlyArray<string>) => Effect.forEach(lines, (line) => Console.log(line), { discard: true })
 
 const run = (mode: Mode, options: SharedOptions, layers: ChooseLayers) =>
   Effect.suspend(() => mode === "fetch" ? fetchSecrets(runRequest(options)) : cleanupSecrets(runRequest(options))).pipe(
@@ -124,35 +147,92 @@ const run = (mode: Mode, options: SharedOptions, layers: ChooseLayers) =>
         }))
         : Effect.void
     ),
-    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
+    withLogLevel(options)
   )
 
 /**
  * The command tree. Layers are chosen per invocation from the parsed options (the elevated read
  * depends on them), by the caller: main.ts is the only place that picks live layers.
  */
-export const makeCommand = (layers: ChooseLayers) =>
+const checkCommand = (layers: LiveLayers) =>
+  Command.make(
+    "check",
+    {
+      mapFilePath: Options.text("map-file-path").pipe(
+        Options.withDescription(`Mapfile to check (default ${defaultMapFilePath}); refused when set-user-ID, except for root`),
+        Options.optional,
+        nonEmpty
+      ),
+      json: shared.json
+    },
+    (options) =>
+      checkMapfile.pipe(
+        Effect.tap((report) =>
+          options.json ? Console.log(JSON.stringify({ ok: !report.findings.some((f) => f.severity === "error"), ...report })) : printLines(checkLines(report))
+        ),
+        Effect.flatMap((report) => {
+          const errors = report.findings.filter((f) => f.severity === "error").length
+          return errors > 0 ? Effect.fail(new MapfileCheckFailed({ path: report.path, errors })) : Effect.void
+        }),
+        Effect.provide(layers.check(options.mapFilePath))
+      )
+  ).pipe(Command.withDescription("Lint a mapfile: malformed lines, bad references and paths, duplicate targets, unknown users, lone tags"))
+
+const doctorCommand = (layers: LiveLayers) =>
+  Command.make("doctor", { json: shared.json }, (options) =>
+    runDoctor.pipe(
+      Effect.tap((checks) => (options.json ? Console.log(JSON.stringify({ ok: !checks.some((c) => c.status === "fail"), checks })) : printLines(doctorLines(checks)))),
+      Effect.flatMap((checks) => {
+        const failed = checks.filter((c) => c.status === "fail").length
+        return failed > 0 ? Effect.fail(new DoctorFailed({ failed })) : Effect.void
+      }),
+      Effect.provide(layers.unprivileged)
+    )).pipe(Command.withDescription("Audit the installation: modes, owners, mount options, config files, users' runtime directories"))
+
+const installCommand = (layers: LiveLayers) =>
+  Command.make(
+    "install",
+    {
+      serviceUser: Options.text("service-user").pipe(Options.withDescription("The service account to create and run as"), Options.withDefault("op")),
+      prefix: Options.text("prefix").pipe(Options.withDescription("Installs the executable as PREFIX/bin/op-secret-manager"), Options.withDefault("/usr/local")),
+      dryRun: Options.boolean("dry-run").pipe(Options.withDescription("Print every step without doing it"))
+    },
+    (options) =>
+      install(options).pipe(
+        Effect.flatMap((steps) => printLines(installLines(steps, options.dryRun))),
+        Effect.provide(layers.unprivileged)
+      )
+  ).pipe(Command.withDescription("Set up this host (root): service account, set-user-ID executable, config files"))
+
+/**
+ * The command tree. Layers are chosen per invocation from the parsed options (the elevated read
+ * depends on them), by the caller: main.ts is the only place that picks live layers.
+ */
+export const makeCommand = (layers: LiveLayers) =>
   Command.make(
     "op-secret-manager",
     {
       ...shared,
       cleanup: Options.boolean("cleanup").pipe(Options.withDescription("Remove the selected secret files instead of writing them"))
     },
-    (options) => run(options.cleanup ? "cleanup" : "fetch", options, layers)
+    (options) => run(options.cleanup ? "cleanup" : "fetch", options, layers.run)
   ).pipe(
     Command.withDescription("Write the caller's 1Password secrets as files under /run/user/<uid>/secrets"),
     Command.withSubcommands([
-      Command.make("fetch", shared, (options) => run("fetch", options, layers)).pipe(
+      Command.make("fetch", shared, (options) => run("fetch", options, layers.run)).pipe(
         Command.withDescription("Write the caller's selected secrets (the default)")
       ),
-      Command.make("cleanup", shared, (options) => run("cleanup", options, layers)).pipe(
+      Command.make("cleanup", shared, (options) => run("cleanup", options, layers.run)).pipe(
         Command.withDescription("Remove the caller's selected secret files")
-      )
+      ),
+      checkCommand(layers),
+      doctorCommand(layers),
+      installCommand(layers)
     ])
   )
 
 /** The original tool used Go's flag package, which also accepts `-cleanup`, `-tags=x` and so on. */
-const GO_STYLE_FLAGS = new Set(["cleanup", "tags", "untagged", "verbose", "version", "api-key-path", "map-file-path", "serialize", "json", "secrets-dir", "help"])
+const GO_STYLE_FLAGS = new Set(["cleanup", "tags", "untagged", "verbose", "version", "api-key-path", "map-file-path", "serialize", "json", "secrets-dir", "help", "quiet"])
 
 export const normalizeArgs = (argv: ReadonlyArray<string>): Array<string> => {
   const [runtime = "node", script = "op-secret-manager", ...rest] = argv

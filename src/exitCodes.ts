@@ -3,6 +3,9 @@
  * messages. Messages name paths, line numbers and references; never a value or the token.
  */
 import { sysconfdir } from "./buildInfo.ts"
+import type { MapfileCheckFailed } from "./programs/check.ts"
+import type { DoctorFailed } from "./programs/doctor.ts"
+import type { InstallFailed, InstallNeedsExecutable, InstallNeedsRoot } from "./programs/install.ts"
 import type { CallerNotInMapfile, MapfileError } from "./programs/plan.ts"
 import type { DropFailed, ElevatedReadError, UnknownCaller, UnsafeEnvironment } from "./services/Privileges.ts"
 import type { SecretProviderError } from "./services/SecretProvider.ts"
@@ -34,6 +37,11 @@ export type Failure =
   | OutputError
   | LockTimeout
   | LockUnavailable
+  | MapfileCheckFailed
+  | DoctorFailed
+  | InstallNeedsRoot
+  | InstallNeedsExecutable
+  | InstallFailed
 
 export interface Described {
   readonly code: number
@@ -97,6 +105,16 @@ const describe = (failure: Failure): Described => {
       return { code: EX.TEMPFAIL, message: `gave up waiting for ${failure.path} after ${Duration.format(failure.waited)}; another run holds it` }
     case "LockUnavailable":
       return { code: EX.CANTCREAT, message: `lock ${failure.path}: ${failure.reason}` }
+    case "MapfileCheckFailed":
+      return { code: EX.DATAERR, message: `mapfile ${failure.path} has ${failure.errors} error(s); see the lines above` }
+    case "DoctorFailed":
+      return { code: EX.CONFIG, message: `${failure.failed} check(s) failed; each line above says how to fix it` }
+    case "InstallNeedsRoot":
+      return { code: EX.NOPERM, message: "install must be run by root" }
+    case "InstallNeedsExecutable":
+      return { code: EX.USAGE, message: `install copies the single executable it runs from, not ${failure.running}; run dist/op-secret-manager install` }
+    case "InstallFailed":
+      return { code: EX.CANTCREAT, message: `install step failed: ${failure.step}: ${failure.reason}` }
   }
 }
 

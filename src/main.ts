@@ -13,11 +13,13 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
 import { version } from "./buildInfo.ts"
 import { elevatedReadRequest, makeCommand, type Mode, normalizeArgs, type SharedOptions } from "./cli.ts"
 import { describeFailure, EX, type Failure } from "./exitCodes.ts"
 import { libc } from "./native/libc.ts"
-import { ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive } from "./services/Privileges.ts"
+import { colourAllowed, formatLine, plainConsole, stderrIsJournal, stderrLogger } from "./services/Output.ts"
+import { dropEarlyForRoot, ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive, UnprivilegedWithoutRead } from "./services/Privileges.ts"
 import { SecretProviderLive } from "./services/SecretProvider.ts"
 import { SecretWriterLive } from "./services/SecretWriter.ts"
 import { UserLockLive } from "./services/UserLock.ts"
@@ -29,21 +31,31 @@ const liveLayers = (options: SharedOptions, mode: Mode) =>
     Layer.provideMerge(ElevatedReadLive(elevatedReadRequest(options, mode)))
   )
 
-const cli = Command.run(makeCommand(liveLayers), { name: "op-secret-manager", version })
+const checkLayers = (mapFilePath: Option.Option<string>) =>
+  UnprivilegedLive.pipe(
+    Layer.provideMerge(Layer.unwrapEffect(Effect.as(
+      dropEarlyForRoot,
+      ElevatedReadLive({
+        mapFilePath: Option.map(mapFilePath, (path) => ({ path, source: "--map-file-path" })),
+        apiKeyPath: Option.none(),
+        readCredential: false
+      })
+    )))
+  )
 
-const lineLogger = Logger.make(({ logLevel, message }) => {
-  const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
-  const level = logLevel._tag === "Info" ? "" : logLevel._tag === "Warning" ? "warning: " : `${logLevel.label.toLowerCase()}: `
-  process.stderr.write(`op-secret-manager: ${level}${text}\n`)
+const cli = Command.run(makeCommand({ run: liveLayers, check: checkLayers, unprivileged: UnprivilegedWithoutRead }), {
+  name: "op-secret-manager",
+  version
 })
 
-const fail = (code: number, message: string) =>
+const fail = (code: number, message: string, journal: boolean) =>
   Effect.sync(() => {
-    process.stderr.write(`op-secret-manager: error: ${message}\n`)
+    process.stderr.write(formatLine("error", message, journal))
     return code
   })
 
-const main = (args: ReadonlyArray<string>) => enforceElevatedEnvironment.pipe(
+/** Everything depends on this process's environment, so it is computed per run (never in the snapshot). */
+const main = (args: ReadonlyArray<string>, journal: boolean) => enforceElevatedEnvironment.pipe(
   Effect.zipRight(cli(args)),
   Effect.as(EX.OK),
   Effect.catchAll((error: unknown) => {
@@ -53,20 +65,22 @@ const main = (args: ReadonlyArray<string>) => enforceElevatedEnvironment.pipe(
       const { code, message } = describeFailure(error)
       // Node acts on some refused variables at exit (NODE_V8_COVERAGE writes coverage files, as the
       // service account, wherever the caller pointed it): leave without running exit hooks.
-      if (error._tag === "UnsafeEnvironment") return fail(code, message).pipe(Effect.map((code) => libc().exitImmediately(code)))
-      return fail(code, message)
+      if (error._tag === "UnsafeEnvironment") return fail(code, message, journal).pipe(Effect.map((code) => libc().exitImmediately(code)))
+      return fail(code, message, journal)
     }
-    return fail(EX.SOFTWARE, "internal error")
+    return fail(EX.SOFTWARE, "internal error", journal)
   }),
   // What @effect/cli needs, and no more: NodeContext would also load child_process and workers.
   Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer, NodeTerminal.layer)),
-  Effect.provide(Logger.replace(Logger.defaultLogger, lineLogger))
+  Effect.provide(Logger.replace(Logger.defaultLogger, stderrLogger(journal))),
+  (program) => (colourAllowed() ? program : Effect.flatMap(plainConsole, (console) => Effect.withConsole(program, console)))
 )
 
 const FAILURE_TAGS = new Set<string>([
   "ProtectedFileMissing", "UnsafeProtectedFile", "UnrecognisedCredential", "RootRuleViolated", "OverrideRefused",
   "UnsafeEnvironment", "DropFailed", "UnknownCaller", "MapfileError", "CallerNotInMapfile", "ReferencesUnresolved",
-  "BackendUnavailable", "RateLimited", "InvalidToken", "InvalidVaultFile", "OutputError", "LockTimeout", "LockUnavailable"
+  "BackendUnavailable", "RateLimited", "InvalidToken", "InvalidVaultFile", "OutputError", "LockTimeout", "LockUnavailable",
+  "MapfileCheckFailed", "DoctorFailed", "InstallNeedsRoot", "InstallNeedsExecutable", "InstallFailed"
 ])
 const isFailure = (error: unknown): error is Failure =>
   typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && FAILURE_TAGS.has(error._tag)
@@ -85,7 +99,8 @@ export const run = (): void => {
   process.once("SIGINT", () => (signalCode ??= 130))
   process.once("SIGTERM", () => (signalCode ??= 143))
 
-  NodeRuntime.runMain(main(normalizeArgs(process.argv)), {
+  const journal = stderrIsJournal()
+  NodeRuntime.runMain(main(normalizeArgs(process.argv), journal), {
     disableErrorReporting: true,
     disablePrettyLogger: true,
     teardown: (exit, onExit) => {
@@ -98,7 +113,7 @@ export const run = (): void => {
       }
       if (Cause.isInterruptedOnly(exit.cause)) return onExit(signalCode ?? 130)
       // A defect: its details may hold anything; say little.
-      process.stderr.write("op-secret-manager: error: internal error\n")
+      process.stderr.write(formatLine("error", "internal error", journal))
       onExit(EX.SOFTWARE)
     }
   })

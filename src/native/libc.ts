@@ -33,8 +33,21 @@ export interface Libc {
   readonly coreDumpLimit: () => bigint
   /** flock(2); returns errno or 0. */
   readonly flock: (fd: number, operation: number) => number
+  /** getpwnam(3) through NSS (files, LDAP, SSSD...): whether a user name exists on this host. */
+  readonly userExists: (name: string) => boolean
+  /** getpwuid(3)/getpwnam(3): a passwd entry, or undefined. */
+  readonly passwdByUid: (uid: number) => Passwd | undefined
+  readonly passwdByName: (name: string) => Passwd | undefined
   /** _exit(2): ends the process without Node's exit hooks (which may write files). */
   readonly exitImmediately: (code: number) => never
+}
+
+export interface Passwd {
+  readonly name: string
+  readonly uid: number
+  readonly gid: number
+  readonly home: string
+  readonly shell: string
 }
 
 export const LOCK_EX = 2
@@ -107,6 +120,22 @@ const bind = (): Libc => {
   const getrlimit = libc.func("getrlimit", "int", ["int", koffi.out(koffi.pointer(rlimit))])
   const flock = libc.func("int flock(int fd, int operation)")
   const exit = libc.func("void _exit(int status)")
+  const passwd = koffi.struct("osm_passwd", {
+    name: "const char *",
+    passwd: "const char *",
+    uid: "uint32_t",
+    gid: "uint32_t",
+    gecos: "const char *",
+    dir: "const char *",
+    shell: "const char *"
+  })
+  const getpwnam = libc.func("getpwnam", koffi.pointer(passwd), ["const char *"])
+  const getpwuid = libc.func("getpwuid", koffi.pointer(passwd), ["uint32_t"])
+  const decodePasswd = (pointer: unknown): Passwd | undefined => {
+    if (pointer === null) return undefined
+    const entry: { name?: string; uid?: number; gid?: number; dir?: string; shell?: string } = koffi.decode(pointer, passwd)
+    return { name: entry.name ?? "", uid: entry.uid ?? -1, gid: entry.gid ?? -1, home: entry.dir ?? "", shell: entry.shell ?? "" }
+  }
 
   const errnoOf = (result: number): number => (result === 0 ? 0 : koffi.errno())
   const ids = (call: (r: Array<number>, e: Array<number>, s: Array<number>) => number): Ids => {
@@ -128,6 +157,9 @@ const bind = (): Libc => {
       return BigInt(out.cur ?? -1)
     },
     flock: (fd, operation) => errnoOf(flock(fd, operation)),
+    userExists: (name) => getpwnam(name) !== null,
+    passwdByUid: (uid) => decodePasswd(getpwuid(uid)),
+    passwdByName: (name) => decodePasswd(getpwnam(name)),
     exitImmediately: (code) => {
       exit(code)
       throw new Error("_exit returned")

@@ -415,6 +415,24 @@ export const UnprivilegedLive: Layer.Layer<UnprivilegedCaller, DropFailed | Unkn
   })
 )
 
+/** The drop for commands that read nothing while elevated (doctor, install). */
+export const UnprivilegedWithoutRead: Layer.Layer<UnprivilegedCaller, DropFailed | UnknownCaller> = Layer.effect(Unprivileged, dropPrivileges)
+
+/**
+ * A root caller gains nothing from the service account: `check` drops to root before reading,
+ * so that root's own access applies and `--map-file-path` is honoured (nothing is elevated any
+ * more). For anyone else this does nothing.
+ */
+export const dropEarlyForRoot: Effect.Effect<void, DropFailed> = Effect.suspend(() => {
+  const ids = processIds()
+  if (ids.ruid !== 0 || !isElevated(ids)) return Effect.void
+  const native = libc()
+  if (native.setresgid(0, 0, 0) !== 0 || native.setresuid(0, 0, 0) !== 0) {
+    return Effect.fail(new DropFailed({ reason: "could not return to root's own ids" }))
+  }
+  return Effect.void
+})
+
 /** For service tests: a witness for a caller, without any syscall. */
 export const UnprivilegedTest = (caller: Caller): Layer.Layer<UnprivilegedCaller> =>
   Layer.succeed(
