@@ -8,7 +8,7 @@ import { userInfo } from "node:os"
 import { join } from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { lintMapfile } from "../src/programs/check.ts"
-import { bundle, type Config, runCli, tempDir, writeConfig } from "./fixtures.ts"
+import { bundle, type Config, repoRoot, runCli, tempDir, writeConfig } from "./fixtures.ts"
 
 const bytes = (text: string) => new TextEncoder().encode(text)
 const known = new Set(["alice", "bob"])
@@ -23,7 +23,8 @@ describe("lintMapfile", () => {
       "bob not-a-reference x db",
       "bob op://V/x/y ../escape db",
       "bob \"op://V/x/y",
-      "carol op://V/c/d c tpyo"
+      "carol op://V/c/d c tpyo",
+      "alice op://V/app/signing key /srv/app/signing.key"
     ].join("\n"))
     expect(report.findings.map((f) => [f.severity, f.line, f.message.replace(/:.*/, "")])).toEqual([
       ["error", 3, "writes the same file as line 1 (./db)"],
@@ -31,9 +32,11 @@ describe("lintMapfile", () => {
       ["error", 5, "invalid path"],
       ["error", 6, "unterminated quoted field"],
       ["warning", 7, "user carol does not exist on this host (lines 7)"],
-      ["warning", 7, "tag \"tpyo\" is used by this entry only (a typo?)"]
+      ["warning", 7, "tag \"tpyo\" is used by this entry only (a typo?)"],
+      ["warning", 8, "tag \"/srv/app/signing.key\" looks like a path"],
+      ["warning", 8, "tag \"/srv/app/signing.key\" is used by this entry only (a typo?)"]
     ])
-    expect(report).toMatchObject({ entries: 6, users: 3, withheld: 0 })
+    expect(report).toMatchObject({ entries: 7, users: 3, withheld: 0 })
   })
 
   it("shows a caller who is not root only their own lines, and counts the rest", () => {
@@ -104,5 +107,17 @@ describe("output", () => {
     const failed = runCli(["check", "--map-file-path", broken, "--json"])
     expect(failed.status).toBe(65)
     expect(JSON.parse(failed.stdout)).toMatchObject({ ok: false, findings: [{ severity: "error", line: 1 }] })
+  })
+})
+
+describe("README", () => {
+  it("shows a mapfile example that parses cleanly", () => {
+    const readme = readFileSync(join(repoRoot, "README.md"), "utf8")
+    const section = readme.slice(readme.indexOf("## The mapfile"))
+    const example = section.slice(section.indexOf("```\n") + 4, section.indexOf("\n```", section.indexOf("```\n") + 4))
+    const report = lint(example)
+    expect(report.entries).toBeGreaterThanOrEqual(4)
+    // A short example uses each tag once and names users this host lacks; nothing else may be wrong.
+    expect(report.findings.filter((f) => f.severity === "error" || f.message.includes("looks like a path"))).toEqual([])
   })
 })

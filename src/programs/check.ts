@@ -1,8 +1,8 @@
 /**
  * check: lints a whole mapfile as an administrator wants before deploying it. Errors (exit 65):
  * malformed lines, invalid references, unusable paths, two entries of one user writing one file.
- * Warnings: users that do not exist on this host (through NSS, so LDAP/SSSD users count) and tags
- * used by a single entry (likely typos). Never loads the SDK, never touches the network.
+ * Warnings: users that do not exist on this host (through NSS, so LDAP/SSSD users count), tags
+ * used by a single entry (likely typos) and tags that look like paths (an unquoted field with spaces). Never loads the SDK, never touches the network.
  *
  * A caller other than root only sees findings about their own lines (the rest is counted): the
  * mapfile is the administrator's, and other users' lines are not theirs to read.
@@ -52,6 +52,12 @@ export const lintMapfile = (bytes: Uint8Array, path: string, options: LintOption
   for (const entry of entries) {
     const error = (message: string) => findings.push({ severity: "error", line: entry.line, user: entry.user, message })
     userLines.set(entry.user, [...(userLines.get(entry.user) ?? []), entry.line])
+    // A reference or path with spaces that is not quoted shifts the fields: the path lands in tags.
+    for (const tag of entry.tags) {
+      if (tag.includes("/")) {
+        findings.push({ severity: "warning", line: entry.line, user: entry.user, message: `tag "${tag}" looks like a path: does a reference or path with spaces need double quotes?` })
+      }
+    }
     for (const tag of entry.tags) tagLines.set(tag, [...(tagLines.get(tag) ?? []), entry.line])
     const reference = referenceProblem(entry.reference)
     if (reference !== undefined) error(`invalid secret reference ${JSON.stringify(entry.reference)}: ${reference}`)
