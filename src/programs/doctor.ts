@@ -62,7 +62,8 @@ const executableChecks = (native: ReturnType<typeof libc>): { checks: Array<Doct
   const path = fs.realpathSync(process.execPath)
   const stat = fs.statSync(path)
   const account = native.passwdByUid(stat.uid)
-  const owner = `${account?.name ?? stat.uid}:${native.passwdByUid(stat.gid)?.name ?? stat.gid}`
+  // The service account's own group carries its name; any other group is shown by number.
+  const owner = `${account?.name ?? stat.uid}:${account !== undefined && account.gid === stat.gid ? account.name : stat.gid}`
   const fixModes = account === undefined || stat.uid === 0 ? `chown op:op ${path} && chmod 6755 ${path}` : `chown ${account.name}:${account.name} ${path} && chmod 6755 ${path}`
   const checks: Array<DoctorCheck> = []
   if (stat.uid === 0 && (stat.mode & 0o4000) !== 0) {
