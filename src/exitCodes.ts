@@ -43,6 +43,36 @@ export type Failure =
   | InstallNeedsExecutable
   | InstallFailed
 
+/** Every failure tag, once; `satisfies` makes the compiler reject a missing or unknown one. */
+const FAILURE_TAGS = {
+  ProtectedFileMissing: true,
+  UnsafeProtectedFile: true,
+  UnrecognisedCredential: true,
+  RootRuleViolated: true,
+  OverrideRefused: true,
+  UnsafeEnvironment: true,
+  DropFailed: true,
+  UnknownCaller: true,
+  MapfileError: true,
+  CallerNotInMapfile: true,
+  ReferencesUnresolved: true,
+  BackendUnavailable: true,
+  RateLimited: true,
+  InvalidToken: true,
+  InvalidVaultFile: true,
+  OutputError: true,
+  LockTimeout: true,
+  LockUnavailable: true,
+  MapfileCheckFailed: true,
+  DoctorFailed: true,
+  InstallNeedsRoot: true,
+  InstallNeedsExecutable: true,
+  InstallFailed: true
+} satisfies Record<Failure["_tag"], true>
+
+export const isFailure = (error: unknown): error is Failure =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && Object.hasOwn(FAILURE_TAGS, error._tag)
+
 export interface Described {
   readonly code: number
   readonly message: string

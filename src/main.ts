@@ -16,7 +16,7 @@ import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import { version } from "./buildInfo.ts"
 import { elevatedReadRequest, makeCommand, type Mode, normalizeArgs, type SharedOptions } from "./cli.ts"
-import { describeFailure, EX, type Failure } from "./exitCodes.ts"
+import { describeFailure, EX, isFailure } from "./exitCodes.ts"
 import { libc } from "./native/libc.ts"
 import { colourAllowed, formatLine, plainConsole, stderrIsJournal, stderrLogger } from "./services/Output.ts"
 import { dropEarlyForRoot, ElevatedReadLive, enforceElevatedEnvironment, UnprivilegedLive, UnprivilegedWithoutRead } from "./services/Privileges.ts"
@@ -75,15 +75,6 @@ const main = (args: ReadonlyArray<string>, journal: boolean) => enforceElevatedE
   Effect.provide(Logger.replace(Logger.defaultLogger, stderrLogger(journal))),
   (program) => (colourAllowed() ? program : Effect.flatMap(plainConsole, (console) => Effect.withConsole(program, console)))
 )
-
-const FAILURE_TAGS = new Set<string>([
-  "ProtectedFileMissing", "UnsafeProtectedFile", "UnrecognisedCredential", "RootRuleViolated", "OverrideRefused",
-  "UnsafeEnvironment", "DropFailed", "UnknownCaller", "MapfileError", "CallerNotInMapfile", "ReferencesUnresolved",
-  "BackendUnavailable", "RateLimited", "InvalidToken", "InvalidVaultFile", "OutputError", "LockTimeout", "LockUnavailable",
-  "MapfileCheckFailed", "DoctorFailed", "InstallNeedsRoot", "InstallNeedsExecutable", "InstallFailed"
-])
-const isFailure = (error: unknown): error is Failure =>
-  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && FAILURE_TAGS.has(error._tag)
 
 /**
  * Runs the command line of this process. Nothing above has side effects, so the single
