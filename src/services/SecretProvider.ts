@@ -111,11 +111,13 @@ const messageOf = (error: unknown): string => (error instanceof Error ? error.me
 
 /** Classifies an SDK failure; exported for tests. */
 export const sdkFailure = (path: string, token: Redacted.Redacted<string>, error: unknown): SecretProviderError => {
+  // By class name: in the single executable the SDK is bundled, and a bundler may suffix a class
+  // name to avoid a clash (RateLimitExceededError2), hence the prefix test.
   const name = error instanceof Error ? error.constructor.name : ""
   // Never let the token reach a message, whatever the SDK puts in its errors.
   const reason = messageOf(error).split(Redacted.value(token)).join("<token>")
-  if (name === "RateLimitExceededError") return new RateLimited({ reason })
-  if (name === "AuthExpiredError" || /invalid service account token|service account token had invalid format/i.test(reason)) {
+  if (name.startsWith("RateLimitExceededError")) return new RateLimited({ reason })
+  if (name.startsWith("AuthExpiredError") || /invalid service account token|service account token had invalid format/i.test(reason)) {
     return new InvalidToken({ path, reason })
   }
   return new BackendUnavailable({ reason })
