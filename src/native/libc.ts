@@ -50,6 +50,10 @@ export interface Passwd {
   readonly shell: string
 }
 
+/** The errno name of a failed node:fs call (ENOENT, EACCES, ...); EIO when it carries none. */
+export const errnoCode = (error: unknown): string =>
+  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string" ? error.code : "EIO"
+
 export const LOCK_EX = 2
 export const LOCK_NB = 4
 export const EPERM = 1

@@ -19,7 +19,7 @@ import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import { defaultApiKeyPath, defaultMapFilePath } from "../buildInfo.ts"
-import { EPERM, libc } from "../native/libc.ts"
+import { EPERM, errnoCode, libc } from "../native/libc.ts"
 import { isElevated, type ProcessIds, processIds, reduceEnvironment, refusedVariable } from "./ElevatedEnvironment.ts"
 
 // ---------------------------------------------------------------------------------------------
@@ -131,9 +131,6 @@ const CAPS = { mapfile: 1024 * 1024, credential: 64 * 1024, vault: 16 * 1024 * 1
 type Kind = keyof typeof CAPS
 
 const describe: Record<Kind, string> = { mapfile: "mapfile", credential: "credential file", vault: "vault file" }
-
-const errnoCode = (error: unknown): string =>
-  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string" ? error.code : "EIO"
 
 const octal = (mode: number) => (mode & 0o7777).toString(8).padStart(4, "0")
 

@@ -19,6 +19,7 @@ import * as Redacted from "effect/Redacted"
 import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import { posix } from "node:path"
+import { errnoCode } from "../native/libc.ts"
 import { type Caller, Unprivileged, type UnprivilegedCaller } from "./Privileges.ts"
 
 /** A target could not be written or removed (exit 73). */
@@ -70,9 +71,6 @@ export interface WriterFs {
   readonly realpath: (path: string) => string
 }
 
-const codeOf = (error: unknown): string =>
-  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string" ? error.code : "EIO"
-
 export const nodeWriterFs: WriterFs = {
   lstat: (path) => fs.lstatSync(path, { throwIfNoEntry: false }),
   mkdir: (path, mode) => fs.mkdirSync(path, { mode }),
@@ -100,7 +98,7 @@ class Stop extends Error {
   }
 }
 
-const stop = (path: string, what: string, error: unknown): Stop => new Stop(path, `${what} (${codeOf(error)})`)
+const stop = (path: string, what: string, error: unknown): Stop => new Stop(path, `${what} (${errnoCode(error)})`)
 
 const FILE_MODE = 0o600
 const DIR_MODE = 0o700
@@ -114,7 +112,7 @@ const isAlive = (pid: number): boolean => {
     process.kill(pid, 0)
     return true
   } catch (error) {
-    return codeOf(error) === "EPERM"
+    return errnoCode(error) === "EPERM"
   }
 }
 
@@ -206,7 +204,7 @@ const ensureDirectory = (fsx: WriterFs, dir: string): Array<string> => {
       }
     } catch (error) {
       // A concurrent run of the same user made it first: that is the directory we wanted.
-      if (codeOf(error) === "EEXIST" && fsx.lstat(path)?.isDirectory()) continue
+      if (errnoCode(error) === "EEXIST" && fsx.lstat(path)?.isDirectory()) continue
       removeDirectories(fsx, created)
       throw stop(path, "cannot create directory", error)
     }
@@ -410,7 +408,7 @@ export const removeFiles = (fsx: WriterFs, caller: Caller, paths: ReadonlyArray<
         outcomes.push({ path, status: "skipped", reason: stat.isDirectory() ? "is a directory" : "is not a regular file" })
       }
     } catch (error) {
-      if (codeOf(error) === "ENOTDIR") {
+      if (errnoCode(error) === "ENOTDIR") {
         outcomes.push({ path, status: "absent" })
         continue
       }

@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
-import { EINTR, EWOULDBLOCK, LOCK_EX, LOCK_NB, libc } from "../native/libc.ts"
+import { EINTR, errnoCode, EWOULDBLOCK, LOCK_EX, LOCK_NB, libc } from "../native/libc.ts"
 import { type UnprivilegedCaller, Unprivileged } from "./Privileges.ts"
 
 /** Another run held the lock for the whole wait (exit 75). */
@@ -33,14 +33,11 @@ export class UserLock extends Context.Tag("op-secret-manager/UserLock")<UserLock
 const POLL = Duration.millis(100)
 const REPORT_EVERY = Duration.seconds(5)
 
-const codeOf = (error: unknown): string =>
-  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string" ? error.code : "EIO"
-
 const openLockFile = (path: string) =>
   Effect.acquireRelease(
     Effect.try({
       try: () => fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600),
-      catch: (error) => new LockUnavailable({ path, reason: `cannot open the lock file (${codeOf(error)})` })
+      catch: (error) => new LockUnavailable({ path, reason: `cannot open the lock file (${errnoCode(error)})` })
     }),
     // Closing the descriptor releases the flock.
     (fd) => Effect.sync(() => fs.closeSync(fd))
